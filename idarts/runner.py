@@ -37,7 +37,7 @@ METRIC_COLUMNS = (
 
 
 class RunFolderError(RuntimeError):
-    """The output folder does not fit the request (an existing run without resume, or the reverse)."""
+    """The output folder does not match the request: an existing search without resume, or the reverse."""
 
 
 def save_checkpoint(searcher: Searcher, path: Path) -> None:
@@ -91,8 +91,8 @@ def run_search(
     ``arch.json`` and the cell and heatmap PNGs.
 
     Args:
-        resume: continue from ``out_dir/checkpoint.pt``; without it, a folder
-            that already holds a run is rejected instead of overwritten.
+        resume: continue from ``out_dir/checkpoint.pt``. Without it, a folder
+            that already contains a search is rejected instead of overwritten.
 
     Returns:
         The metrics of the last epoch.
@@ -103,7 +103,7 @@ def run_search(
 
     if not resume and (checkpoint_path.exists() or metrics_path.exists()):
         raise RunFolderError(
-            f"{out_dir} already holds a search; pass --resume to continue it "
+            f"{out_dir} already contains a search. Pass --resume to continue it, "
             "or choose another --out folder"
         )
     if resume and not checkpoint_path.exists():

@@ -111,13 +111,18 @@ class Searcher:
         """Run the next epoch and return its metrics.
 
         Returns:
-            ``epoch`` (1-based), ``train_loss``, ``train_acc``, ``valid_loss``,
-            ``valid_acc`` (accuracies in percent), ``lr`` (of this epoch),
-            ``backtracked_edges`` (gated edges summed over steps and cell
-            types), ``alpha_entropy`` and ``beta_entropy`` (mean entropy in
-            nats of the operation and edge distributions), ``skip_connect_count``
-            (in the normal cell of the current genotype), ``epoch_seconds`` and
-            ``genotype`` (compact JSON).
+            A dict with these keys:
+
+            - ``epoch``: the 1-based index of the epoch just run.
+            - ``train_loss``, ``train_acc``, ``valid_loss``, ``valid_acc``:
+              accuracies are in percent.
+            - ``lr``: the weight learning rate used in this epoch.
+            - ``backtracked_edges``: gated edges, summed over steps and cell types.
+            - ``alpha_entropy``, ``beta_entropy``: the mean entropy, in nats, of
+              the operation and edge distributions.
+            - ``skip_connect_count``: skip connections in the normal cell of
+              the current genotype.
+            - ``epoch_seconds`` and ``genotype`` (compact JSON).
 
         Raises:
             NonFiniteLossError: a weight or architecture loss was NaN or infinite.
