@@ -13,27 +13,14 @@ from tqdm.auto import tqdm
 
 from idarts.artifacts import write_search_artifacts
 from idarts.config import SearchConfig
-from idarts.search import Searcher, changed_settings
+from idarts.search import SEARCH_METRICS, Searcher, changed_settings
 
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_NAME = "checkpoint.pt"
 CONFIG_NAME = "config.yaml"
 METRICS_NAME = "metrics.csv"
-METRIC_COLUMNS = (
-    "epoch",
-    "train_loss",
-    "train_acc",
-    "valid_loss",
-    "valid_acc",
-    "lr",
-    "backtracked_edges",
-    "alpha_entropy",
-    "beta_entropy",
-    "skip_connect_count",
-    "epoch_seconds",
-    "genotype",
-)
+METRIC_COLUMNS = (*SEARCH_METRICS, "genotype")
 
 
 class RunFolderError(RuntimeError):

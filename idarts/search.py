@@ -28,6 +28,21 @@ logger = logging.getLogger(__name__)
 
 CHECKPOINT_VERSION = 1
 
+SEARCH_METRICS = (
+    "epoch",
+    "train_loss",
+    "train_acc",
+    "valid_loss",
+    "valid_acc",
+    "lr",
+    "backtracked_edges",
+    "alpha_entropy",
+    "beta_entropy",
+    "skip_connect_count",
+    "epoch_seconds",
+)
+"""Numeric metrics of every search epoch, in report order; ``run_epoch`` adds ``genotype``."""
+
 
 class NonFiniteLossError(RuntimeError):
     """A loss became NaN or infinite; the search cannot continue from this state."""

@@ -23,6 +23,5 @@ python_bin="${PYTHON:-python3}"
 if [ ! -x .venv/bin/python ]; then
     "$python_bin" -m venv .venv
 fi
-.venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -e '.[tune,analysis,test]'
 echo "idarts is installed in $repo_root/.venv"

@@ -9,22 +9,9 @@ from idarts.config import ConfigError, SearchConfig
 from idarts.datasets import DataNotFoundError
 from idarts.genotypes import Genotype
 from idarts.runner import RunFolderError, run_search
-from idarts.search import NonFiniteLossError, Searcher
+from idarts.search import SEARCH_METRICS, NonFiniteLossError, Searcher
 
-METRIC_NAMES = {
-    "epoch",
-    "train_loss",
-    "train_acc",
-    "valid_loss",
-    "valid_acc",
-    "lr",
-    "backtracked_edges",
-    "alpha_entropy",
-    "beta_entropy",
-    "skip_connect_count",
-    "epoch_seconds",
-    "genotype",
-}
+METRIC_NAMES = {*SEARCH_METRICS, "genotype"}
 
 
 def run(config, epochs=None):
