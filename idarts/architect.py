@@ -54,7 +54,11 @@ class ArchitectOptimizer:
             return loss.detach(), {cell: no_gate for cell in CELL_TYPES}
 
         alpha = self.network.alpha
-        alpha_grad = {cell: alpha[cell].grad.detach().clone() for cell in CELL_TYPES}
+        # A network without normal cells (layers <= 2) leaves the normal alpha without a gradient.
+        alpha_grad = {
+            cell: torch.zeros_like(alpha[cell]) if alpha[cell].grad is None else alpha[cell].grad.detach().clone()
+            for cell in CELL_TYPES
+        }
         alpha_before = {cell: alpha[cell].detach().clone() for cell in CELL_TYPES}
         self.backtracker.update_psi(alpha_grad)
         self.optimizer.step()

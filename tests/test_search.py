@@ -212,3 +212,8 @@ def test_config_yaml_round_trip(tmp_path):
     config = SearchConfig(threshold=0.25, partial_k=8, arch_betas=(0.6, 0.99))
     config.to_yaml(tmp_path / "config.yaml")
     assert SearchConfig.from_yaml(tmp_path / "config.yaml") == config
+
+
+def test_two_layer_network_without_normal_cells(tiny_config):
+    _, metrics = run(tiny_config(layers=2, epochs=1, threshold=0.0))
+    assert metrics[0]["epoch"] == 1
