@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
+from collections.abc import Sequence
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,6 +37,33 @@ def write_text_atomic(path: Path, text: str) -> None:
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write ``data`` as indented JSON, atomically."""
     write_text_atomic(path, json.dumps(data, indent=1) + "\n")
+
+
+def append_metrics_row(path: Path, metrics: dict[str, Any], columns: Sequence[str]) -> None:
+    """Append one epoch's metrics to a CSV file, writing the header first when the file is new.
+
+    The row is flushed and synced to disk, so a crash right after an epoch keeps it.
+    """
+    new_file = not path.exists()
+    with path.open("a", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        if new_file:
+            writer.writeheader()
+        writer.writerow({name: metrics[name] for name in columns})
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def truncate_metrics(path: Path, last_epoch: int, columns: Sequence[str]) -> None:
+    """Drop the rows after ``last_epoch``: they were written after the checkpoint that a resume restores."""
+    if not path.exists():
+        return
+    with path.open(newline="") as handle:
+        rows = [row for row in csv.DictReader(handle) if int(row["epoch"]) <= last_epoch]
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 def write_search_artifacts(searcher: Searcher, directory: str | Path) -> list[Path]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import logging
 import os
 from pathlib import Path
@@ -11,7 +10,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from idarts.artifacts import write_search_artifacts
+from idarts.artifacts import append_metrics_row, truncate_metrics, write_search_artifacts
 from idarts.config import SearchConfig
 from idarts.search import SEARCH_METRICS, Searcher, changed_settings
 
@@ -106,7 +105,7 @@ def run_search(
         logger.info("resumed %s after epoch %d", out_dir, searcher.epoch)
     else:
         config.to_yaml(out_dir / CONFIG_NAME)
-    _truncate_metrics(metrics_path, searcher.epoch)
+    truncate_metrics(metrics_path, searcher.epoch, METRIC_COLUMNS)
 
     metrics: dict[str, Any] = {}
     with tqdm(
@@ -115,7 +114,7 @@ def run_search(
     ) as progress:
         while not searcher.done:
             metrics = searcher.run_epoch()
-            _append_metrics(metrics_path, metrics)
+            append_metrics_row(metrics_path, metrics, METRIC_COLUMNS)
             save_checkpoint(searcher, checkpoint_path)
             progress.set_postfix(valid_acc=f"{metrics['valid_acc']:.2f}")
             progress.update()
@@ -123,26 +122,3 @@ def run_search(
     paths = write_search_artifacts(searcher, out_dir)
     logger.info("search finished; genotype written to %s", paths[0])
     return metrics
-
-
-def _append_metrics(path: Path, metrics: dict[str, Any]) -> None:
-    new_file = not path.exists()
-    with path.open("a", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=METRIC_COLUMNS)
-        if new_file:
-            writer.writeheader()
-        writer.writerow({name: metrics[name] for name in METRIC_COLUMNS})
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
-def _truncate_metrics(path: Path, last_epoch: int) -> None:
-    """Drop rows after ``last_epoch``: they were written after the checkpoint a resume restores."""
-    if not path.exists():
-        return
-    with path.open(newline="") as handle:
-        rows = [row for row in csv.DictReader(handle) if int(row["epoch"]) <= last_epoch]
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=METRIC_COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)

@@ -32,6 +32,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
+from idarts.artifacts import append_metrics_row, truncate_metrics
 from idarts.complexity import Complexity, measure_complexity
 from idarts.config import DATASET_NAMES, ConfigError, read_yaml_mapping
 from idarts.datasets import build_train_data, get_spec, load_dataset, stratified_subset, test_transforms
@@ -794,7 +795,7 @@ def run_training(
     else:
         config.to_yaml(out_dir / CONFIG_NAME)
         _write_text_atomic(out_dir / GENOTYPE_NAME, trainer.genotype.to_json(indent=1) + "\n")
-    _truncate_metrics(metrics_path, trainer.epoch)
+    truncate_metrics(metrics_path, trainer.epoch, METRIC_COLUMNS)
 
     metrics: dict[str, Any] = {}
     with tqdm(
@@ -802,7 +803,7 @@ def run_training(
     ) as progress:
         while not trainer.done:
             metrics = trainer.run_epoch()
-            _append_metrics(metrics_path, metrics)
+            append_metrics_row(metrics_path, metrics, METRIC_COLUMNS)
             weights = trainer.network.state_dict()
             save_atomic(weights, out_dir / LAST_WEIGHTS_NAME)
             if metrics["is_best"]:
@@ -840,29 +841,6 @@ def final_summary(trainer: Trainer, config: TrainConfig, test: dict[str, float])
         "genotype": trainer.genotype.to_dict(),
         "genotype_name": name,
     }
-
-
-def _append_metrics(path: Path, metrics: dict[str, Any]) -> None:
-    new_file = not path.exists()
-    with path.open("a", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=METRIC_COLUMNS)
-        if new_file:
-            writer.writeheader()
-        writer.writerow({name: metrics[name] for name in METRIC_COLUMNS})
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
-def _truncate_metrics(path: Path, last_epoch: int) -> None:
-    """Drop rows after ``last_epoch``: they were written after the checkpoint that a resume restores."""
-    if not path.exists():
-        return
-    with path.open(newline="") as handle:
-        rows = [row for row in csv.DictReader(handle) if int(row["epoch"]) <= last_epoch]
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=METRIC_COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
 
 
 def _last_test_metrics(path: Path) -> dict[str, float]:
