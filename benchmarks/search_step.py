@@ -83,6 +83,9 @@ class StepRunner:
         self.network = SearchNetwork(
             3, 10, config.init_channels, config.layers, config.partial_k
         ).to(device)
+        # The same memory format as Searcher picks by default.
+        self.memory_format = torch.channels_last if device.type == "cpu" else torch.contiguous_format
+        self.network.to(memory_format=self.memory_format)
         self.architect = ArchitectOptimizer(self.network, config)
         self.optimizer = torch.optim.SGD(
             self.network.weight_parameters(), lr=config.lr, momentum=config.momentum
@@ -92,6 +95,8 @@ class StepRunner:
 
     def step(self, batch: tuple[torch.Tensor, ...]) -> float:
         images, labels, arch_images, arch_labels = batch
+        images = images.contiguous(memory_format=self.memory_format)
+        arch_images = arch_images.contiguous(memory_format=self.memory_format)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         start = time.perf_counter()

@@ -59,10 +59,22 @@ def _argparse_type(hint: Any) -> tuple[Any, Any]:
 
 def _optional(value_type: type) -> Any:
     def parse(text: str) -> Any:
-        return None if text.lower() in ("none", "null") else value_type(text)
+        if text.lower() in ("none", "null"):
+            return None
+        if value_type is bool:
+            return _parse_bool(text)
+        return value_type(text)
 
     parse.__name__ = value_type.__name__
     return parse
+
+
+def _parse_bool(text: str) -> bool:
+    values = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
+    try:
+        return values[text.lower()]
+    except KeyError:
+        raise argparse.ArgumentTypeError(f"invalid boolean {text!r}: use true or false") from None
 
 
 def config_overrides(args: argparse.Namespace, config_class: type) -> dict[str, Any]:

@@ -88,6 +88,9 @@ class SearchConfig:
     # Run
     seed: int = _setting(0, "random seed of weights, architecture parameters and data order")
     device: str = _setting("auto", "auto (CUDA when available, else CPU), cpu, cuda or cuda:N")
+    channels_last: bool | None = _setting(
+        None, "channels-last memory format: true, false, or null for on with CPU and off with CUDA"
+    )
 
     def __post_init__(self) -> None:
         self.arch_betas = tuple(float(value) for value in self.arch_betas)
@@ -146,6 +149,8 @@ class SearchConfig:
             if getattr(self, name) < 0:
                 _fail(name, getattr(self, name), "use 0 or a positive value")
 
+        if self.channels_last is not None and not isinstance(self.channels_last, bool):
+            _fail("channels_last", self.channels_last, "use true, false, or null for the device's default")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             _fail("device", self.device, 'use "auto", "cpu", "cuda" or "cuda:N"')
 

@@ -96,6 +96,13 @@ class Searcher:
             partial_k=config.partial_k,
             stem_multiplier=config.stem_multiplier,
         ).to(self.device)
+        # Channels-last made a CPU search step about 23% faster (C 16, 8 cells, K 4, batch 32,
+        # 2-core Xeon); it was not measured on CUDA, so CUDA keeps the default format.
+        channels_last = config.channels_last
+        if channels_last is None:
+            channels_last = self.device.type == "cpu"
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.network.to(memory_format=self.memory_format)
         self.criterion = nn.CrossEntropyLoss()
         self.weight_optimizer = torch.optim.SGD(
             self.network.weight_parameters(),
@@ -203,7 +210,7 @@ class Searcher:
         )
         for step, ((images, labels), (arch_images, arch_labels)) in enumerate(progress):
             if update_arch:
-                arch_images = arch_images.to(self.device, non_blocking=True)
+                arch_images = self._to_device(arch_images)
                 arch_labels = arch_labels.to(self.device, non_blocking=True)
                 arch_loss, gates = self.architect.step(arch_images, arch_labels)
                 self._check_finite(arch_loss, epoch, step, "architecture")
@@ -214,7 +221,7 @@ class Searcher:
                     if gated:
                         gate_events.append({"step": step, "cell": cell, "edges": gated})
 
-            images = images.to(self.device, non_blocking=True)
+            images = self._to_device(images)
             labels = labels.to(self.device, non_blocking=True)
             self.weight_optimizer.zero_grad(set_to_none=True)
             logits = self.network(images)
@@ -237,13 +244,17 @@ class Searcher:
         self.network.eval()
         loss_sum, correct, seen = 0.0, 0, 0
         for images, labels in self.data.valid:
-            images = images.to(self.device, non_blocking=True)
+            images = self._to_device(images)
             labels = labels.to(self.device, non_blocking=True)
             logits = self.network(images)
             loss_sum += self.criterion(logits, labels).item() * len(labels)
             correct += (logits.argmax(dim=-1) == labels).sum().item()
             seen += len(labels)
         return loss_sum / seen, 100.0 * correct / seen
+
+    def _to_device(self, images: torch.Tensor) -> torch.Tensor:
+        images = images.to(self.device, non_blocking=True)
+        return images.contiguous(memory_format=self.memory_format)
 
     def _check_finite(self, loss: torch.Tensor, epoch: int, step: int, phase: str) -> None:
         value = loss.item()
@@ -326,7 +337,7 @@ class Searcher:
         self.arch_history = list(state["arch_history"])
 
 
-RESUME_INDEPENDENT_SETTINGS = frozenset({"device", "num_workers", "data_dir"})
+RESUME_INDEPENDENT_SETTINGS = frozenset({"device", "num_workers", "data_dir", "channels_last"})
 """Settings that may differ between a checkpoint and the search that resumes it."""
 
 
