@@ -41,19 +41,9 @@ from typing import Any
 import yaml
 
 from idarts.config import ConfigError, SearchConfig, field_names, read_yaml_mapping
+from idarts.search import SEARCH_METRICS
 
-REPORTED_METRICS: tuple[str, ...] = (
-    "train_loss",
-    "train_acc",
-    "valid_loss",
-    "valid_acc",
-    "lr",
-    "backtracked_edges",
-    "alpha_entropy",
-    "beta_entropy",
-    "skip_connect_count",
-    "epoch_seconds",
-)
+REPORTED_METRICS: tuple[str, ...] = tuple(name for name in SEARCH_METRICS if name != "epoch")
 """Numeric metrics of every epoch, in Tune's ``result.json`` and in MLflow (``step = epoch``)."""
 
 PARAMETER_TYPES = ("float", "int", "categorical", "fixed")
