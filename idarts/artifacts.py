@@ -31,6 +31,10 @@ def write_text_atomic(path: Path, text: str) -> None:
     with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as handle:
         handle.write(text)
         temporary = Path(handle.name)
+    # NamedTemporaryFile creates the file readable by its owner only; give it the usual mode.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(temporary, 0o666 & ~umask)
     os.replace(temporary, path)
 
 

@@ -31,7 +31,8 @@ def add_config_options(parser: argparse.ArgumentParser, config_class: type) -> N
         flag = "--" + item.name.replace("_", "-")
         help_text = item.metadata.get("help", "")
         default = item.default if item.default is not dataclasses.MISSING else item.default_factory()
-        help_text = f"{help_text} (default: {default})"
+        if "default" not in help_text:
+            help_text = f"{help_text} (default: {default})"
 
         value_type, nargs = _argparse_type(hints[item.name])
         group.add_argument(

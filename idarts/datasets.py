@@ -73,8 +73,9 @@ DATASETS: dict[str, DatasetSpec] = {
         default_dir="/usr/share/datasets/fashion-mnist",
         how_to_get=(
             "Install it with `sudo apt-get install dataset-fashion-mnist`, which puts "
-            "the IDX files in /usr/share/datasets/fashion-mnist, or pass download=True "
-            "with a writable data_dir to fetch them with torchvision."
+            "the IDX files in /usr/share/datasets/fashion-mnist, or download the four "
+            "*-ubyte.gz files into a folder and pass --data-dir FOLDER (from Python, "
+            "load_dataset(..., download=True) fetches them with torchvision)."
         ),
     ),
     "cifar10": DatasetSpec(
@@ -86,8 +87,9 @@ DATASETS: dict[str, DatasetSpec] = {
         std=(0.2470, 0.2435, 0.2616),
         default_dir=None,
         how_to_get=(
-            "Pass download=True with a writable data_dir to fetch it with torchvision, "
-            "which creates data_dir/cifar-10-batches-py."
+            "Download CIFAR-10 (python version) and pass --data-dir with the folder that "
+            "contains cifar-10-batches-py; from Python, load_dataset(..., download=True) "
+            "fetches it with torchvision."
         ),
     ),
     "cifar100": DatasetSpec(
@@ -99,8 +101,9 @@ DATASETS: dict[str, DatasetSpec] = {
         std=(0.2673, 0.2564, 0.2762),
         default_dir=None,
         how_to_get=(
-            "Pass download=True with a writable data_dir to fetch it with torchvision, "
-            "which creates data_dir/cifar-100-python."
+            "Download CIFAR-100 (python version) and pass --data-dir with the folder that "
+            "contains cifar-100-python; from Python, load_dataset(..., download=True) "
+            "fetches it with torchvision."
         ),
     ),
     "imagenet": DatasetSpec(
