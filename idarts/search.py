@@ -97,7 +97,7 @@ class Searcher:
             stem_multiplier=config.stem_multiplier,
         ).to(self.device)
         # Channels-last made a CPU search step about 23% faster (C 16, 8 cells, K 4, batch 32,
-        # 2-core Xeon); it was not measured on CUDA, so CUDA keeps the default format.
+        # 2-core Xeon). It was not measured on CUDA, so CUDA keeps the default format.
         channels_last = config.channels_last
         if channels_last is None:
             channels_last = self.device.type == "cpu"

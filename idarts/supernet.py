@@ -60,7 +60,7 @@ class PartialChannelMixedOp(nn.Module):
 
     The first ``channels // K`` channels go through the operations; the others
     bypass them (max-pooled when the edge strides). The two parts are then
-    concatenated and channel-shuffled with K groups, so the next edge sees a
+    concatenated and channel-shuffled with K groups, so the next edge receives a
     different channel slice. With K = 1 this is the plain DARTS mixed operation.
     """
 

@@ -3,7 +3,7 @@
 Ray 2.60's ``OptunaSearch.on_trial_complete`` marks the Optuna trial
 COMPLETE whenever the last result contains the metric. Three cases come out wrong for a sweep:
 
-* A trial that ASHA stopped early is told COMPLETE with its truncated score,
+* A trial that ASHA stopped early reaches Optuna as COMPLETE with its truncated score,
   so TPE treats a score after a few epochs like a final one.
 * A NaN score makes ``study.tell`` raise; Ray logs the error and the Optuna
   trial stays RUNNING for ever.

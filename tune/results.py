@@ -151,7 +151,7 @@ def trial_status(
     """Return "finished", "pruned", "failed" or "unfinished" for a trial.
 
     A trial that ran all its epochs is finished, even when an earlier attempt
-    failed. Otherwise an error means failed, and the Optuna state tells a
+    failed. Otherwise an error means failed, and the Optuna state separates a
     trial that ASHA stopped (PRUNED) from one the sweep never completed.
     """
     if last_epoch >= epochs:
